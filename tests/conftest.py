@@ -21,8 +21,8 @@ def shared_data() -> Path:
     """Return the real-data folder ``../shared/data``, or skip when it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip(
-            f"real data folder {SHARED_DATA} is absent; tests on real files need the shared "
-            "data next to the repository (CI checks for it separately)"
+            f"real data folder {SHARED_DATA} is absent, so tests on real files cannot run. "
+            "Place the shared data folder next to the repository to run them."
         )
     return SHARED_DATA
 

@@ -1,9 +1,9 @@
 """AST model: parity with transformers and the original layout, weight init, lengths, penalties.
 
-References are built locally with random weights (transformers'
+References are built locally with random weights: transformers'
 ``ASTForAudioClassification``, or a timm DeiT wrapped the way the original AST
-code wraps it), saved in their own format and loaded through exdrop's loaders;
-float32 eval logits must agree to 1e-5.
+code wraps it. Each is saved in its own format and loaded through exdrop's
+loaders, and the float32 eval logits must agree to 1e-5.
 """
 
 from __future__ import annotations

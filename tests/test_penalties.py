@@ -194,8 +194,8 @@ def test_zero_coefficient_skips_term() -> None:
     assert set(terms) == set(COMPONENTS) - {"ffn", "q"}
 
 
-# Parameters whose gradient must be non-zero (rows of qkv.weight: "q", "k", "v") and
-# zero, for the term of each component alone.
+# For each component's term alone: the parameters that must get a non-zero gradient, and
+# those that must get none. "q", "k" and "v" are the row blocks of qkv.weight.
 GRADIENT_REACH = {
     "q": ({"q"}, {"k", "v", "proj", "fc1", "fc2"}),
     "k": ({"k"}, {"q", "v", "proj", "fc1", "fc2"}),

@@ -35,12 +35,9 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def videos(request) -> Path:
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
-    if not folder.is_dir():
-        pytest.skip(f"real videos folder {folder} is absent (CI checks for it separately)")
-    return folder
+@pytest.fixture
+def videos(shared_data: Path) -> Path:
+    return shared_data / "videos"
 
 
 def _options(kind: str, **overrides):
@@ -64,7 +61,8 @@ def test_read_frames_match_full_decode(videos: Path, name: str) -> None:
     frames, _, _, _ = EXPECTED[name]
     full = read_all_frames(videos / name, short_side=48)
     assert full.shape[0] == frames
-    assert full.shape[1] == 48 and full.shape[-1] == 3  # short side scaled during decoding
+    assert full.shape[1] == 48  # short side scaled during decoding
+    assert full.shape[-1] == 3
     indices = [frames - 1, frames // 2, frames - 7, frames // 2]  # unordered, with a repeat
     part = read_frames(videos / name, indices, short_side=48)
     for position, index in enumerate(indices):
@@ -102,7 +100,8 @@ def test_tiny_models_run_on_every_video(videos: Path) -> None:
         for model in models:
             with torch.no_grad():
                 logits = model.eval()(views)
-            assert logits.shape == (6, 3) and torch.isfinite(logits).all(), name
+            assert logits.shape == (6, 3), name
+            assert torch.isfinite(logits).all(), name
 
 
 def _write_video(path: Path, num_frames: int) -> None:
@@ -159,8 +158,10 @@ def test_dataset_skips_at_decode_time(bad_videos, caplog) -> None:
     dataset = VideoClipDataset(samples, on_error="skip", **common)
     with caplog.at_level(logging.WARNING, logger="exdrop.data.video"):
         clip, label = dataset[0]
-    assert label == 1 and clip.shape == (3, 4, 32, 32)
-    assert dataset.skipped == 1 and "truncated.mp4" in caplog.text
+    assert label == 1
+    assert clip.shape == (3, 4, 32, 32)
+    assert dataset.skipped == 1
+    assert "truncated.mp4" in caplog.text
 
 
 def test_dense_and_uniform_sampling() -> None:
@@ -169,7 +170,8 @@ def test_dense_and_uniform_sampling() -> None:
     assert dense(100, clip=2, num_clips=3) == [90, 93, 96, 99]
     assert dense(7, clip=0, num_clips=1) == [0, 2, 4, 6]  # stride shrinks to fit
     starts = {dense(100, rng=random.Random(seed))[0] for seed in range(50)}
-    assert len(starts) > 10 and max(starts) <= 90
+    assert len(starts) > 10
+    assert max(starts) <= 90
     uniform = FrameSampler(4, "uniform")
     assert uniform(40) == [5, 15, 25, 35]
     for seed in range(20):
@@ -203,7 +205,8 @@ def test_video_folder_with_workers(videos: Path, tmp_path: Path) -> None:
     kind = get_dataset_kind("video_folder")
     bundle = kind.build(_options("video_folder", root=str(tmp_path), num_frames=4, img_size=32, num_clips=2))
     assert bundle.class_names == ["pool", "walk"]
-    assert bundle.eval_views == 2 and len(bundle.val) == 4
+    assert bundle.eval_views == 2
+    assert len(bundle.val) == 4
     assert bundle.model_kwargs == {"num_frames": 4, "img_size": 32}
     loader = DataLoader(bundle.train, batch_size=3, num_workers=2)
     clips, labels = next(iter(loader))
@@ -222,7 +225,8 @@ def test_video_list_text_and_csv(videos: Path, tmp_path: Path) -> None:
     assert bundle.num_classes == 2
     assert [label for _, label in bundle.train.samples] == [1, 0]
     clip, label = bundle.val[0]
-    assert clip.shape == (3, 4, 32, 32) and label == 1
+    assert clip.shape == (3, 4, 32, 32)
+    assert label == 1
     (tmp_path / "broken.txt").write_text("onlyonefield\n")
     with pytest.raises(ValueError, match="broken.txt:1"):
         read_video_list(tmp_path / "broken.txt")
@@ -233,7 +237,8 @@ def test_direction_task_reverses_clips(videos: Path) -> None:
         _options("video_direction", root=str(videos), val_clips_per_video=3, train_clips_per_video=2)
     )
     assert bundle.class_names == ["forward", "reversed"]
-    assert len(bundle.train) == 4 * 2 * 2 and len(bundle.val) == 2 * 3 * 2
+    assert len(bundle.train) == 4 * 2 * 2
+    assert len(bundle.val) == 2 * 3 * 2
     train_sources = {Path(p).name for p in bundle.train.paths}
     assert not train_sources & {Path(p).name for p in bundle.val.paths}
     for item in range(0, len(bundle.val), 2):

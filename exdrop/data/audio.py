@@ -132,15 +132,22 @@ def make_bundle(
     )
 
 
+def _under_root(name: Optional[str], root: Path) -> Optional[Path]:
+    """Resolve a list file name relative to ``root`` unless it is absolute."""
+    if name is None:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else root / path
+
+
 def _split(items: list[AudioItem], options: dict[str, Any], root: Path) -> tuple[list[AudioItem], list[AudioItem]]:
     """Apply the first configured split: fold, then lists, then a stratified fraction."""
     if options["val_fold"] is not None:
         return split_by_fold(items, options["val_fold"])
     if options["val_list"] or options["test_list"]:
-        def resolve(name: Optional[str]) -> Optional[Path]:
-            return None if name is None else (Path(name) if Path(name).is_absolute() else root / name)
-
-        return split_by_lists(items, root, resolve(options["val_list"]), resolve(options["test_list"]), options["eval_split"])
+        val_list = _under_root(options["val_list"], root)
+        test_list = _under_root(options["test_list"], root)
+        return split_by_lists(items, root, val_list, test_list, options["eval_split"])
     return split_by_fraction(items, options["val_fraction"], options["seed"])
 
 

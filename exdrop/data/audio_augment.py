@@ -1,8 +1,8 @@
 """Training augmentations for spectrogram features: SpecAugment masks, time shift and mixup.
 
-Masks and shifts act on one clip ``(T, F)`` inside the dataset (DataLoader
-workers seed torch's generator per worker); mixup acts on whole batches as the
-bundle's ``train_batch_transform``.
+Masks and shifts act on one clip ``(T, F)`` inside the dataset, drawing from
+torch's generator, which DataLoader seeds per worker. Mixup acts on whole
+batches as the bundle's ``train_batch_transform``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Mixup:
     With probability ``prob`` a batch is mixed with a permutation of itself,
     ``x = lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(alpha, alpha)``;
     targets become soft (or multi-hot) float vectors either way, so a training
-    loop sees one target type. Beta(10, 10) is the AST recipe's choice.
+    loop gets one target type. Beta(10, 10) is the AST recipe's choice.
 
     Args:
         num_classes: Width of the target vectors.

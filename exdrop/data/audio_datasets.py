@@ -228,8 +228,8 @@ def split_by_lists(
 ) -> tuple[list[AudioItem], list[AudioItem]]:
     """Split with Speech Commands style lists of paths relative to ``root``.
 
-    Clips in neither list are training clips; the evaluation set is the
-    ``val`` or the ``test`` list as ``eval_split`` says.
+    Clips in neither list are training clips. ``eval_split`` selects the
+    ``val`` or the ``test`` list as the evaluation set.
     """
     if eval_split not in ("val", "test"):
         raise ValueError(f"eval_split={eval_split!r} is not valid; use 'val' or 'test'")

@@ -1,10 +1,11 @@
 """The AST frontend: Kaldi-compatible log-mel filterbank features from waveforms.
 
-Steps, as in the original AST data loader and transformers' ``ASTFeatureExtractor``:
-mix down to mono, resample to 16 kHz, compute a 128-bin Kaldi fbank (25 ms
-Hanning window, 10 ms shift, HTK-compatible mel scale, no energy, dither 0 at
-evaluation) from samples in [-1, 1], zero-pad or crop to a fixed number of
-frames, then normalize as ``(x - mean) / (2 * std)``.
+The steps follow the original AST data loader and transformers'
+``ASTFeatureExtractor``. A waveform is mixed down to mono and resampled to
+16 kHz. A 128-bin Kaldi fbank is computed from samples in [-1, 1] with a 25 ms
+Hanning window, a 10 ms shift, HTK-compatible settings, no energy and dither 0
+at evaluation. The frames are zero-padded or cropped to a fixed number and
+normalized as ``(x - mean) / (2 * std)``.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def _declared_wav_data_end(path: Path) -> int | None:
 
 
 def _check_file(path: Path) -> None:
-    """Raise for a missing, empty or truncated file before any decoder sees it."""
+    """Raise for a missing, empty or truncated file before any decoder opens it."""
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     size = path.stat().st_size

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .registry import REQUIRED, DataOption, DatasetBundle, register_dataset
-from .video_decode import VideoDecodeError, VideoTooShortError, probe_video, read_all_frames, read_frames
+from .video_decode import VideoDecodeError, VideoTooShortError, probe_video, read_frames
 from .video_transforms import ClipTransform, FrameSampler
 
 logger = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ class VideoClipDataset(Dataset):
 
     Item ``i`` is view ``i % views`` of video ``i // views``. With
     ``on_error="skip"``, a video that fails to decode in a worker is logged
-    and replaced by the same view of the next video; the count is kept per
-    process.
+    and replaced by the same view of the next video. Each process keeps its
+    own count of skipped videos.
 
     Args:
         samples: ``(path, class index)`` pairs.
@@ -129,6 +129,7 @@ class VideoClipDataset(Dataset):
         self.on_error = on_error
         self.short_side = short_side
         self.skipped = 0
+        self._lengths: dict[str, int] = {}  # frame counts, filled per process
 
     @property
     def views(self) -> int:
@@ -141,7 +142,9 @@ class VideoClipDataset(Dataset):
     def load_view(self, path: str, view: int, rng: Optional[random.Random]) -> torch.Tensor:
         """Decode and transform one view of one video."""
         clip, crop = divmod(view, self.num_crops)
-        num_video_frames = probe_video(path).num_frames
+        if path not in self._lengths:
+            self._lengths[path] = probe_video(path).num_frames
+        num_video_frames = self._lengths[path]
         if num_video_frames < self.sampler.num_frames:
             raise VideoTooShortError(path, f"{num_video_frames} frames, a clip needs {self.sampler.num_frames}")
         indices = self.sampler(num_video_frames, clip=clip, num_clips=self.num_clips, rng=rng)

@@ -28,7 +28,7 @@ CLASS_NAMES = ("forward", "reversed")
 
 # Scenes of the six demo videos: arm wrestling (demo, demo_spatiotemporal_det), a pool
 # being cleaned (test.mp4, rawvideo_dataset_part_0), make-up (test.avi) and two people
-# standing (demo_skeleton). Training sees the first two scenes, evaluation the last two.
+# standing (demo_skeleton). Training uses the first two scenes, evaluation the last two.
 DEFAULT_TRAIN_VIDEOS = ["demo.mp4", "demo_spatiotemporal_det.mp4", "test.mp4", "rawvideo_dataset_part_0.mp4"]
 DEFAULT_VAL_VIDEOS = ["test.avi", "demo_skeleton.mp4"]
 
@@ -49,7 +49,7 @@ class VideoDirectionDataset(Dataset):
         num_crops: Evaluation crops per clip.
         short_side: Decode-time short side in pixels.
         cache_videos: Decode each video once per process and keep its frames
-            (a few MB each at a small ``short_side``); otherwise every item
+            (a few MB each at a small ``short_side``). Without it, every item
             seeks and decodes its own frames.
     """
 

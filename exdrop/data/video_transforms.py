@@ -89,7 +89,8 @@ class ClipTransform:
     Training: one random resized crop (area ``scale``, aspect ``ratio``) and
     one horizontal flip decision for the whole clip. Evaluation: resize the
     short side to ``size / crop_pct``, then take crop ``crop`` of ``num_crops``
-    spread along the long side (one crop: the center; three: start, center, end).
+    crops spread along the long side. One crop is the center crop, and three
+    are the start, center and end crops.
 
     Attributes:
         size: Output height and width.

@@ -1,9 +1,9 @@
 """Audio Spectrogram Transformer (AST) with explicit dropout, and its registered names.
 
 The architecture follows Gong, Chung and Glass, "AST: Audio Spectrogram
-Transformer" (Interspeech 2021): a DeiT encoder over 16x16 patches of a log-mel
-filterbank, cut with separate frequency and time strides, with a class and a
-distillation token whose mean feeds a LayerNorm + Linear head. Inputs are
+Transformer" (Interspeech 2021). A DeiT encoder reads 16x16 patches of a
+log-mel filterbank, cut with separate frequency and time strides. The mean of
+its class and distillation tokens feeds a LayerNorm + Linear head. Inputs are
 features shaped ``(batch, time_frames, mel_bins)``, as in the original code and
 in transformers' ``ASTForAudioClassification``.
 
@@ -64,8 +64,8 @@ def resize_pos_grid(grid: torch.Tensor, new_grid: tuple[int, int]) -> torch.Tens
     """Adapt patch position embeddings ``(1, D, F, T)`` to a new patch grid as AST does.
 
     Each axis is cut around its center when it shrinks and stretched by
-    bilinear interpolation when it grows; time is adapted first, then
-    frequency, the order of the original AST code.
+    bilinear interpolation when it grows. Bilinear interpolation is separable,
+    so adapting time and then frequency equals adapting both at once.
     """
     grid = _fit_axis(grid, new_grid[1], axis=3)
     return _fit_axis(grid, new_grid[0], axis=2)

@@ -29,8 +29,8 @@ Grid = tuple[int, int]
 FORMATS = ("exdrop", "original", "transformers", "timm")
 
 # transformers' AST keys below the layer prefix -> ours. Two spellings exist:
-# transformers 5 modules (q_proj, o_proj, mlp.fc1) and the 4.x layout that
-# save_pretrained still writes and the hub checkpoints use.
+# the module names of transformers 5 (q_proj, o_proj, mlp.fc1), which
+# state_dict() returns, and the 4.x layout, which save_pretrained in 5.25 still writes.
 _TRANSFORMERS_LAYER_KEYS = {
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
@@ -85,8 +85,8 @@ def detect_format(state_dict: StateDict) -> str:
 def infer_source_grid(pos_embed: torch.Tensor, model: ASTModel, num_prefix_tokens: int = 2) -> Grid:
     """Guess the patch grid of a checkpoint's position embedding.
 
-    Assumes the checkpoint used the model's mel bins and frequency stride, the
-    only combination the original AST code loads; the time size then follows.
+    Assumes the checkpoint used the model's mel bins and frequency stride, so
+    that only the number of time patches can differ.
     """
     patches = pos_embed.shape[1] - num_prefix_tokens
     freq = model.grid_size[0]
@@ -216,11 +216,11 @@ def convert_transformers(
 def convert_timm_vit(state_dict: StateDict, model: ASTModel, report: LoadReport) -> StateDict:
     """Initialize AST from ImageNet ViT/DeiT weights as the original AST does.
 
-    The RGB patch kernel is summed over its input channels into one channel;
-    the square patch-position grid is center-cut or bilinearly stretched to the
-    spectrogram grid; the ImageNet heads are dropped and the final norm kept. A
-    ViT without a distillation token gives its class token (and that token's
-    position embedding) to both prefix positions.
+    The RGB patch kernel is summed over its input channels into one channel.
+    The square grid of patch positions is center-cut or bilinearly stretched to
+    the spectrogram grid. The ImageNet heads are dropped and the final norm is
+    kept. A ViT without a distillation token gives its class token (and that
+    token's position embedding) to both prefix positions.
     """
     from timm.layers import resample_patch_embed
 
@@ -258,7 +258,10 @@ def convert_timm_vit(state_dict: StateDict, model: ASTModel, report: LoadReport)
     else:
         side = math.isqrt(pos.shape[1])
         if side * side != pos.shape[1]:
-            raise ValueError(f"timm pos_embed with {pos.shape[1]} positions is not a square patch grid")
+            raise ValueError(
+                f"timm pos_embed with {pos.shape[1]} positions is not a square patch grid; "
+                "only square-input ViT/DeiT checkpoints can initialize AST"
+            )
         prefix_pos = torch.zeros(1, 2, pos.shape[2], dtype=pos.dtype)
         patches = pos
     out["pos_embed"] = resize_pos_embed(torch.cat([prefix_pos, patches], dim=1), (side, side), model.grid_size)

@@ -28,7 +28,7 @@ from einops import rearrange
 
 from .checkpoint import LoadReport, StateDict, hub_weights_file, load_checked, read_state_dict, strip_prefixes
 from .registry import ModelEntry
-from .video import VIDEO_ARCHITECTURES, DividedSpaceTimeTransformer, VideoVisionTransformer
+from .video import VIDEO_ARCHITECTURES, VideoVisionTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ _QV_BIAS = {"attention.attention.q_bias": "q", "attention.attention.v_bias": "v"
 def convert_transformers(state_dict: StateDict, fmt: str, report: LoadReport) -> StateDict:
     """Rename a transformers VideoMAE/ViViT/TimeSformer state dict to exdrop's layout.
 
-    Separate ``query``/``key``/``value`` projections are fused into ``qkv``; a
-    missing key bias (VideoMAE has none) becomes zeros, which changes nothing
+    Separate ``query``/``key``/``value`` projections are fused into ``qkv``. A
+    missing key bias (VideoMAE has none) becomes zeros. That changes nothing,
     because a key bias shifts every score of a query by the same amount.
     """
     out: StateDict = {}
@@ -229,10 +229,10 @@ def inflate_image_vit(
     Joint models get a tubelet kernel from the 2D patch kernel: ``"center"``
     puts it on the central frame of the tubelet (zeros elsewhere) and
     ``"average"`` spreads it evenly (kernel / t on every frame). Either way a
-    clip of identical frames embeds exactly as the image does, and learned
-    spatial positions are copied to every temporal position, so a model
-    without a class token then returns the image model's logits (with a class
-    token, the patch copies take attention weight from it).
+    clip of identical frames embeds exactly as the image does. Learned spatial
+    positions are copied to every temporal position. A model without a class
+    token then returns the image model's logits on such a clip. With a class
+    token it does not, because the patch copies take attention weight from it.
 
     Divided models copy each block's spatial attention into its temporal
     attention and set ``temporal_fc`` to zero, and ``time_embed`` to zero, so

@@ -36,6 +36,19 @@ SECTIONS: dict[str, dict[str, DataOption]] = {
         "device": DataOption(str, "auto", "'auto', 'cpu', 'cuda' or 'cuda:N'"),
         "threads": DataOption(int, None, "torch CPU threads (default: torch's choice)"),
         "eval_every": DataOption(int, 1, "evaluate every N epochs (and always after the last)"),
+        "grad_accum": DataOption(int, 1, "micro-batches per optimizer step"),
+        "layer_decay": DataOption(float, None, "layer-wise learning-rate decay factor (timm), e.g. 0.75"),
+        "mixup": DataOption(float, 0.0, "mixup alpha (0 disables), timm's Mixup"),
+        "cutmix": DataOption(float, 0.0, "cutmix alpha (0 disables), timm's Mixup"),
+        "mixup_prob": DataOption(float, 1.0, "probability of applying mixup or cutmix to a batch"),
+        "ema": DataOption(bool, False, "keep an exponential moving average of the weights"),
+        "ema_decay": DataOption(float, 0.9998, "EMA decay per optimizer step"),
+        "compile": DataOption(bool, False, "wrap the model in torch.compile"),
+        "keep_checkpoints": DataOption(int, 2, "epoch checkpoints to keep (0 disables; the best is kept too)"),
+        "coefficient_warmup": DataOption((int, float, dict), 0, "penalty-coefficient warmup in epochs, one number or per component"),
+        "coefficient_warmup_shape": DataOption(str, "linear", "'linear' or 'cosine' coefficient warmup"),
+        "tensorboard": DataOption(bool, True, "write TensorBoard events when tensorboard is installed"),
+        "plots": DataOption(bool, True, "write PNG plots of curves and penalties at the end"),
     },
     "output": {
         "dir": DataOption(str, "runs", "parent folder of run folders"),
@@ -113,7 +126,8 @@ def _check_type(where: str, value: Any, option: DataOption) -> Any:
     if expected is list and isinstance(value, tuple):
         return list(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        name = getattr(expected, "__name__", str(expected))
+        types = expected if isinstance(expected, tuple) else (expected,)
+        name = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"config key {where} must be of type {name}, got {value!r}")
     return value
 
@@ -168,6 +182,18 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
         cfg["dropout"] = DropoutConfig.coerce(raw.get("dropout")).to_dict()
     except ValueError as err:
         raise ConfigError(f"config section dropout: {err}") from err
+
+    from .schedules import validate_warmup
+
+    try:
+        validate_warmup(cfg["train"]["coefficient_warmup"] or 0, cfg["train"]["coefficient_warmup_shape"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    for key in ("epochs", "grad_accum", "eval_every"):
+        if cfg["train"][key] < 1:
+            raise ConfigError(f"config key train.{key}={cfg['train'][key]} must be >= 1")
+    if cfg["data"]["batch_size"] < 1:
+        raise ConfigError(f"config key data.batch_size={cfg['data']['batch_size']} must be >= 1")
 
     from ..models.registry import get_entry
 
