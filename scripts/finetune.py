@@ -4,6 +4,11 @@
 Examples:
     python scripts/finetune.py --config configs/demo.yaml
     python scripts/finetune.py --config configs/cifar10_vit.yaml dropout.mode=implicit train.epochs=5
+    python scripts/finetune.py --resume runs/demo
+    torchrun --nproc_per_node=2 scripts/finetune.py --config configs/demo.yaml
+
+A run started with ``--resume`` continues in the run folder from its newest
+complete epoch checkpoint, with the run's own config plus any overrides.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--init-checkpoint", help="timm-format weights to start from (sets model.checkpoint_path)")
     parser.add_argument("--output-dir", help="parent folder for the run folder (sets output.dir)")
+    parser.add_argument("--resume", help="run folder or checkpoint folder to continue from")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("overrides", nargs="*", help="config overrides as section.key=value, e.g. train.lr=3e-4")
     args = parser.parse_args(argv)
@@ -39,9 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
 
         progress = tqdm
+    config_path = args.config
+    if config_path is None and args.resume:
+        run = Path(args.resume)
+        candidates = [run / "config.yaml", run.parent / "config.yaml", run.parent.parent / "config.yaml"]
+        config_path = next((p for p in candidates if p.is_file()), None)
+        if config_path is None:
+            print(f"error: no config.yaml found for --resume {run}; pass --config", file=sys.stderr)
+            return 2
+    if config_path is None:
+        parser.error("--config is required unless --resume is given")
     try:
-        raw = load_config(args.config, overrides)
-        result = train(raw, progress=progress)
+        raw = load_config(config_path, overrides)
+        result = train(raw, progress=progress, resume=args.resume)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

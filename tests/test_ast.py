@@ -118,6 +118,18 @@ def test_transformers_safetensors_parity(transformers_ast: nn.Module, tmp_path: 
         assert max_abs_diff(created(x), expected) < TOLERANCE
 
 
+def test_transformers_folder_other_length(transformers_ast: nn.Module, tmp_path: Path) -> None:
+    transformers_ast.save_pretrained(tmp_path)
+    model = from_transformers_pretrained(tmp_path, input_tdim=60)
+
+    # config.json gives the trained grid (12 x 9); 60 frames need 12 x 5, cut around the center.
+    source = transformers_ast.audio_spectrogram_transformer.embeddings.position_embeddings.detach()
+    grid = source[:, 2:].reshape(1, 12, 9, 64)
+    expected = torch.cat([source[:, :2], grid[:, :, 2:7].reshape(1, 60, 64)], dim=1)
+    assert model.pos_embed.shape == (1, 62, 64)
+    assert torch.equal(model.pos_embed.detach(), expected)
+
+
 def test_transformers_pth_parity(transformers_ast: nn.Module, tmp_path: Path) -> None:
     # state_dict() of transformers 5 has the q_proj/o_proj/mlp.fc1 names, unlike save_pretrained.
     path = tmp_path / "ast.pth"

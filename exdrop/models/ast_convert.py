@@ -93,7 +93,8 @@ def infer_source_grid(pos_embed: torch.Tensor, model: ASTModel, num_prefix_token
     if patches <= 0 or patches % freq:
         raise ValueError(
             f"pos_embed with {patches} patch positions does not divide into {freq} frequency rows; "
-            "the checkpoint used other mel bins or fstride. Pass source_grid=(freq_patches, time_patches)."
+            "the checkpoint used other mel bins or fstride. Load it with "
+            "exdrop.models.ast_convert.load_ast_checkpoint(model, path, source_grid=(freq_patches, time_patches))."
         )
     return freq, patches // freq
 
@@ -289,6 +290,10 @@ def checkpoint_numerics(path: PathLike) -> dict[str, Any]:
 
     Empty for other files: the registered AST names already use the original
     AST's values (1e-6 in the blocks, 1e-5 in the head).
+
+    NOTE: a transformers weights file without its ``config.json`` is loaded with
+    those values; pass ``norm_eps=1e-12, head_norm_eps=1e-12`` to reproduce
+    transformers' logits exactly (the difference is about 1e-5 otherwise).
     """
     config = read_transformers_config(path)
     if config is None:
