@@ -4,9 +4,10 @@
 The three modes are measured in one process, interleaved step by step so that
 machine load affects them alike, and printed as ratios to ``off``.
 
-Memory: on CUDA the peak allocated memory of a step; on CPU, where PyTorch
-keeps no allocator statistics, the bytes of tensors saved for the backward pass
-(the activation memory that dropout variants change), counted once per storage.
+Memory on CUDA is the peak allocated memory of a step. PyTorch keeps no
+allocator statistics on the CPU, so there the script counts the bytes of
+tensors saved for the backward pass, once per storage. That is the activation
+memory that the dropout modes change.
 
 Example:
     python scripts/benchmark.py --model vit_small_patch16_224 --batch-size 32 --img-size 224

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Print the top-k labels for input files with a model from a run folder.
 
-The run folder written by ``scripts/finetune.py`` holds the config, the class
-names and the weights; each file is read the way the run's ``data.kind``
-reads its evaluation data (image, audio or video).
+The run folder written by ``scripts/finetune.py`` contains the config, the
+class names and the weights. Each file is read the way the run's
+``data.kind`` reads its evaluation data (image, audio or video).
 
 Example:
     python scripts/predict.py --run runs/demo image.png --topk 3
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: error: {err}", file=sys.stderr)
             status = 1
             continue
-        # Inputs with a views axis hold one more dim than a sample; the model sees them as a batch.
+        # An input with a views axis has one more dim than a sample, and its views form the batch.
         batch = x if x.dim() == _sample_dims(kind.name, x) + 1 else x.unsqueeze(0)
         with torch.no_grad():
             logits = model(batch).float()

@@ -1,4 +1,4 @@
-"""What every exdrop model shares: its dropout config and how it sums block terms."""
+"""Dropout-config handling and penalty summation shared by all exdrop models."""
 
 from __future__ import annotations
 

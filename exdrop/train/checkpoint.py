@@ -146,7 +146,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return {
         "model": load_file(str(model_file)),
         "ema": load_file(str(ema_file)) if ema_file.is_file() else None,
-        # Our own file; it holds optimizer and RNG state objects, so weights_only stays off.
+        # state.pt is written by save_checkpoint and contains optimizer and RNG state objects,
+        # which weights_only=True cannot load. Load checkpoints only from trusted run folders.
         "state": torch.load(state_file, map_location="cpu", weights_only=False),
         "config_text": (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else "",
     }

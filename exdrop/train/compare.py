@@ -127,7 +127,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per setting: mean and standard deviation over seeds of the final metrics."""
+    """Reduce results to one row per setting: mean and standard deviation over seeds."""
     rows = []
     for name in dict.fromkeys(r["setting"] for r in results):
         group = [r for r in results if r["setting"] == name]

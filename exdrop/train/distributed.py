@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits in a data-parallel run (rank 0 of 1 when not distributed)."""
+    """Rank and world size of this process (rank 0 of 1 when not distributed)."""
 
     rank: int = 0
     world_size: int = 1
