@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-per-component", action="store_true",
                         help="sweep one component at a time instead of all together")
     parser.add_argument("overrides", nargs="*", help="config overrides as section.key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
 
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", help="run folder or checkpoint folder to continue from")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("overrides", nargs="*", help="config overrides as section.key=value, e.g. train.lr=3e-4")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     overrides = list(args.overrides)
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     config_path = args.config
     if config_path is None and args.resume:
         run = Path(args.resume)
+        if not run.exists():
+            print(f"error: resume folder not found: {run}", file=sys.stderr)
+            return 2
         candidates = [run / "config.yaml", run.parent / "config.yaml", run.parent.parent / "config.yaml"]
         config_path = next((p for p in candidates if p.is_file()), None)
         if config_path is None:
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = ", ".join(
         f"{key} {value:.2f}%" for key, value in result.final.items() if key in ("top1", "top5", "mAP")
     )
-    print(f"final validation: {metrics} (run folder: {result.run_dir})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(f"final validation: {metrics} (run folder: {result.run_dir})")
     return 0
 
 

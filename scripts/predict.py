@@ -55,10 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     status = 0
     for path in args.files:
+        if not Path(path).is_file():
+            print(f"{path}: error: file not found", file=sys.stderr)
+            status = 1
+            continue
         try:
             x = kind.load_input(path, options)
         except (OSError, RuntimeError, ValueError) as err:
-            print(f"{path}: error: {err}", file=sys.stderr)
+            print(f"{path}: error: {err} (this run reads {kind.name} input)", file=sys.stderr)
             status = 1
             continue
         # An input with a views axis has one more dim than a sample, and its views form the batch.

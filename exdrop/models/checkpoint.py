@@ -177,3 +177,10 @@ def load_checked(model: nn.Module, state_dict: StateDict, report: LoadReport, so
     result = model.load_state_dict(state_dict, strict=False)
     report.missing.extend(result.missing_keys)
     report.log(source)
+    # A head of another width is expected to be missing; most of the model is not.
+    if len(result.missing_keys) > len(model_state) // 2:
+        raise ValueError(
+            f"{source} does not match this model: {len(result.missing_keys)} of {len(model_state)} "
+            f"parameters are missing from it and {len(report.dropped)} of its keys were dropped. "
+            "Check the model name and architecture arguments, or the checkpoint format."
+        )

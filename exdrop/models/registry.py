@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
     base, _ = split_name_tag(name)
     if base not in _REGISTRY:
-        close = fnmatch.filter(_REGISTRY, f"*{base.split('_')[0]}*")[:8]
+        close = difflib.get_close_matches(base, list(_REGISTRY), n=5, cutoff=0.6)
         hint = f" Similar names: {', '.join(close)}." if close else ""
         raise ValueError(
             f"unknown model name {base!r}.{hint} Call exdrop.list_models() for all names."

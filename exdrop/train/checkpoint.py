@@ -155,12 +155,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def find_resume_checkpoint(target: Path) -> Path:
     """Turn ``--resume`` input (a run folder or a checkpoint folder) into the newest checkpoint."""
+    if not target.exists():
+        raise FileNotFoundError(f"resume folder not found: {target}")
     if (target / "state.pt").is_file():
         return target
-    folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
-    checkpoints = list_checkpoints(folder)
+    checkpoints = list_checkpoints(target / "checkpoints") or list_checkpoints(target)
     if not checkpoints:
         raise FileNotFoundError(
-            f"no complete checkpoint under {target}; expected {folder}/epoch-NNNN folders written by a run"
+            f"no complete checkpoint under {target}: expected {target / 'checkpoints'}/epoch-NNNN folders "
+            "written by a run with train.keep_checkpoints > 0. Start the run again without --resume."
         )
     return checkpoints[-1]

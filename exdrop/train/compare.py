@@ -92,12 +92,44 @@ def _config_for(base: dict[str, Any], setting: Setting, seed: int, runs_dir: Pat
     return cfg
 
 
+def _first_difference(old: Any, new: Any, where: str = "") -> Optional[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    return None if old == new else f"{where}: {old!r} in the finished run, {new!r} now"
+
+
+def _check_same_config(run_dir: Path, cfg: dict[str, Any]) -> None:
+    """Refuse to reuse a finished run whose config differs from the requested one."""
+    import yaml
+
+    from .config import resolve_config
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not (run_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has done.json but no config.yaml or model.safetensors; delete the folder to run it again"
+        )
+    old = yaml.safe_load(saved.read_text())
+    new = yaml.safe_load(yaml.safe_dump(resolve_config(cfg), sort_keys=False))
+    difference = _first_difference(old, new)
+    if difference:
+        raise ValueError(
+            f"finished run {run_dir} used another config ({difference}); "
+            "use a new --out folder for the changed config, or delete that run folder"
+        )
+
+
 def run_one(base: dict[str, Any], setting: Setting, seed: int, runs_dir: Path) -> dict[str, Any]:
     """Run (or resume, or reuse) one setting and seed; return its ``done.json`` content."""
     cfg = _config_for(base, setting, seed, runs_dir)
     run_dir = runs_dir / cfg["output"]["name"]
     done = run_dir / "done.json"
     if done.is_file():
+        _check_same_config(run_dir, cfg)
         logger.info("reusing finished run %s", run_dir)
         return json.loads(done.read_text())
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None

@@ -30,6 +30,7 @@ from ..models.registry import create_model
 from ..penalties import COMPONENTS
 from .checkpoint import (
     find_resume_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     mark_best,
     prune_checkpoints,
@@ -293,6 +294,15 @@ class Trainer:
             return run
         out = self.cfg["output"]
         name = out["name"] or f"{self.cfg['model']['name']}-{self.cfg['dropout']['mode']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # A new run never mixes with the checkpoints of an earlier run of the same name:
+        # it gets the first free folder name-1, name-2, ... instead.
+        base, suffix = name, 0
+        while list_checkpoints(Path(out["dir"]) / name / "checkpoints"):
+            suffix += 1
+            name = f"{base}-{suffix}"
+        if suffix:
+            logger.warning("run folder %s already has checkpoints; this run writes to %s (use --resume to continue "
+                           "the earlier run)", Path(out["dir"]) / base, Path(out["dir"]) / name)
         names = gather_objects(name, self.dist)  # rank 0's time stamp names the folder
         path = Path(out["dir"]) / names[0]
         if self.dist.is_main:
@@ -388,6 +398,13 @@ class Trainer:
             mark_best(folder, path)
         prune_checkpoints(folder, keep)
 
+    def _recovery_hint(self) -> str:
+        checkpoints = list_checkpoints(self.run_dir / "checkpoints")
+        if checkpoints:
+            return (f"The last complete checkpoint, {checkpoints[-1]}, is intact: lower train.lr or the "
+                    f"dropout coefficients and continue with --resume {self.run_dir}.")
+        return "No checkpoint was written before this step: lower train.lr or the dropout coefficients and start again."
+
     def _coefficients(self) -> Optional[dict[str, float]]:
         warmup = self.tcfg["coefficient_warmup"]
         if not warmup:
@@ -435,11 +452,7 @@ class Trainer:
                 loss = loss_task + penalty.total
                 if not torch.isfinite(loss):
                     parts = {"task": float(loss_task.detach()), **penalty.detached()}
-                    raise FloatingPointError(
-                        f"non-finite loss at step {self.step}: {parts}. The last complete checkpoint "
-                        f"under {self.run_dir / 'checkpoints'} is intact; lower train.lr or the "
-                        "dropout coefficients and resume from it."
-                    )
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {parts}. {self._recovery_hint()}")
                 (loss / accum).backward()
 
             sums["task"] += float(loss_task.detach())
@@ -463,7 +476,7 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.step)
             if hasattr(iterator, "set_postfix"):
-                iterator.set_postfix(loss=f"{float(loss_task):.3f}", penalty=f"{float(penalty.total):.4f}")
+                iterator.set_postfix(loss=f"{float(loss_task.detach()):.3f}", penalty=f"{float(penalty.total.detach()):.4f}")
 
         elapsed = time.perf_counter() - start
         flat_blocks = {f"block{i}.{k}": v for i, b in enumerate(block_sums) for k, v in b.items()}
