@@ -312,3 +312,14 @@ def test_unknown_model_name_suggests() -> None:
 def test_unsupported_argument_rejected() -> None:
     with pytest.raises(ValueError, match="unsupported VisionTransformer argument block_fn"):
         exdrop.create_model(NAME, block_fn=object(), **SMALL)
+
+
+def test_mismatched_checkpoint_is_rejected(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    other = timm.create_model("vit_small_patch16_224", depth=2, num_classes=10)
+    path = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match="does not match this model"):
+        exdrop.create_model("vit_tiny_patch16_224", depth=3, embed_dim=64, num_heads=2, checkpoint_path=str(path))

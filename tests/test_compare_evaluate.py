@@ -128,3 +128,11 @@ def test_evaluate_script_writes_json_and_png(tmp_path):
     )
     assert missing.returncode == 1
     assert "nope/config.yaml not found" in missing.stderr
+
+
+def test_compare_rejects_changed_config_for_finished_run(tmp_path):
+    compare(base_config(), tmp_path, seeds=(0,), modes=("off",))
+    changed = base_config()
+    changed["train"]["epochs"] = 3
+    with pytest.raises(ValueError, match=r"used another config \(train.epochs: 2 in the finished run, 3 now\)"):
+        compare(changed, tmp_path, seeds=(0,), modes=("off",))

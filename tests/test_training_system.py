@@ -236,3 +236,11 @@ def test_resume_without_checkpoint_is_reported(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint under"):
         train(config(tmp_path, "x"), resume=tmp_path / "empty")
+
+
+def test_new_run_never_reuses_checkpointed_folder(tmp_path):
+    first = train(config(tmp_path, "same", epochs=1))
+    second = train(config(tmp_path, "same", epochs=1, seed=1))
+    assert first.run_dir.name == "same"
+    assert second.run_dir.name == "same-1"
+    assert [p.name for p in list_checkpoints(first.run_dir / "checkpoints")] == ["epoch-0001"]
