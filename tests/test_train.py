@@ -233,3 +233,9 @@ def test_non_finite_loss_names_step_and_parts(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, {"kind": "synthetic_shapes", "num_train": 32, "num_val": 12, "img_size": 16})
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0: .*'task': nan.*'q'"):
         train(cfg)
+
+
+def test_unquoted_off_mode_from_yaml(tmp_path):
+    raw = load_config(REPO / "configs" / "demo.yaml", ["dropout.mode=off"])
+    assert raw["dropout"]["mode"] is False  # PyYAML's reading of an unquoted off
+    assert resolve_config(raw)["dropout"]["mode"] == "off"

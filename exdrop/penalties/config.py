@@ -63,6 +63,9 @@ class DropoutConfig:
     coefficients: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.mode is False:
+            # YAML 1.1 (PyYAML) reads an unquoted `off` as the boolean false.
+            object.__setattr__(self, "mode", "off")
         if self.mode not in MODES:
             raise ValueError(
                 f"unknown dropout mode {self.mode!r}; expected one of {', '.join(MODES)}"
