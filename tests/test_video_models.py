@@ -325,3 +325,15 @@ def test_to_model_layout() -> None:
     out = to_model_layout(video, "BTHWC")
     assert out.shape == (2, 3, 5, 7, 8)
     assert torch.equal(out[1, 2, 4], video[1, 4, :, :, 2])
+
+
+def test_fresh_divided_model_sees_frame_order():
+    """A randomly initialized model must not be invariant to playback direction."""
+    torch.manual_seed(0)
+    model = exdrop.create_model(
+        "timesformer_tiny_patch16_8x224", embed_dim=32, depth=2, num_heads=2, img_size=32, num_frames=4, num_classes=2,
+    ).eval()
+    clip = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        forward, backward = model(clip), model(clip.flip(2))
+    assert (forward - backward).abs().max() > 1e-5

@@ -470,6 +470,10 @@ class DividedSpaceTimeTransformer(ExplicitDropoutModel):
         """
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
+        # A zero time embedding would make a freshly initialized model exactly invariant to
+        # frame order, and the gradients of order-dependent tasks (playback direction) cancel.
+        # Inflation from image weights sets it to zero explicitly.
+        trunc_normal_(self.time_embed, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)
