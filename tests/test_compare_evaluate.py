@@ -84,7 +84,8 @@ def test_sweep_settings_one_component_at_a_time():
     ]
     assert settings[0].rates == {"q": 0.3, "ffn": 0.2}
     together = sweep_settings({"q": 0.1}, rates=[0.05])
-    assert together[0].rates["attn"] == 0.05 and together[0].label == "rate-all-0.05"
+    assert together[0].rates["attn"] == 0.05
+    assert together[0].label == "rate-all-0.05"
 
 
 def test_summarize_mean_and_std():

@@ -103,7 +103,8 @@ def test_image_folder_training_and_predict_script(tmp_path):
     )
     line = out.stdout.strip()
     assert line.startswith(str(image))
-    assert "cat" in line and "dog" in line
+    assert "cat" in line
+    assert "dog" in line
 
 
 def test_unreadable_image_named_by_path(tmp_path):

@@ -204,7 +204,7 @@ def read_cifar(root: Path) -> tuple[np.ndarray, list[int], np.ndarray, list[int]
         meta, label_key, names_key = root / "meta", b"fine_labels", b"fine_label_names"
     else:
         raise FileNotFoundError(
-            f"{root} holds neither CIFAR-10 (data_batch_1, ...) nor CIFAR-100 (train, test) pickle files"
+            f"no CIFAR pickle files found in {root}: expected CIFAR-10 (data_batch_1, ...) or CIFAR-100 (train, test)"
         )
 
     def load(files: list[Path]) -> tuple[np.ndarray, list[int]]:

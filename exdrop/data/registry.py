@@ -34,7 +34,7 @@ REQUIRED = object()
 
 @dataclass
 class DatasetBundle:
-    """What a dataset builder returns to the trainer.
+    """Datasets and metadata that a dataset builder returns to the trainer.
 
     Attributes:
         train: Training dataset of ``(input, target)`` pairs.

@@ -25,7 +25,7 @@ _CONTAINER_KEYS = ("state_dict", "model", "model_state", "module", "model_ema", 
 
 @dataclass
 class LoadReport:
-    """What a checkpoint conversion and load did to the keys.
+    """Record of the keys a checkpoint conversion and load changed.
 
     Attributes:
         renamed: ``(old, new)`` key pairs.

@@ -2,8 +2,8 @@
 
 The modules keep timm's parameter names (``qkv``, ``proj``, ``fc1``, ``fc2``,
 ``norm1``, ``ls1``, ...) so that timm state dicts load unchanged. Each forward
-returns its output and a dict of explicit terms ``R_c`` (rho included,
-coefficient not); the dict is empty in eval mode and in the ``implicit`` and
+returns its output and a dict of explicit terms ``R_c``, with rho included and
+the coefficient not. The dict is empty in eval mode and in the ``implicit`` and
 ``off`` modes.
 """
 
@@ -87,7 +87,7 @@ class Attention(DropoutPoints):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def _project_qkv(self, h: torch.Tensor) -> torch.Tensor:
-        """Return ``(B, N, 3C)``; with implicit q/k/v masks each row block sees its own mask."""
+        """Return ``(B, N, 3C)``. With implicit q/k/v masks, each row block gets its own mask."""
         masked = self.training and any(self.dropout_config.implicit_rate(c) > 0 for c in "qkv")
         if not masked:
             return self.qkv(h)

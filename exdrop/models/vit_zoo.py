@@ -25,13 +25,7 @@ logger = logging.getLogger(__name__)
 NAME_PATTERNS = ("vit_*", "deit_*", "deit3_*")
 
 # Arguments that select a part VisionTransformer does not implement.
-_UNSUPPORTED_VALUES = {
-    "block_fn": None,
-    "mlp_layer": None,
-    "attn_layer": None,
-    "embed_layer": None,
-    "embed_norm_layer": None,
-}
+_UNSUPPORTED_ARGUMENTS = ("block_fn", "mlp_layer", "attn_layer", "embed_layer", "embed_norm_layer")
 
 
 def _record_timm_arguments() -> dict[str, dict[str, Any]]:
@@ -68,7 +62,7 @@ def _record_timm_arguments() -> dict[str, dict[str, Any]]:
 
 
 def _supported(kwargs: dict[str, Any]) -> bool:
-    if any(key in kwargs for key in _UNSUPPORTED_VALUES):
+    if any(key in kwargs for key in _UNSUPPORTED_ARGUMENTS):
         return False
     if kwargs.get("global_pool", "token") not in ("", "token", "avg", "avgmax", "max"):
         return False

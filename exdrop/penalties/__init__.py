@@ -1,4 +1,4 @@
-"""Penalty math and the dropout configuration; knows nothing about models."""
+"""Penalty math and the dropout configuration, independent of any model."""
 
 from .config import COMPONENTS, MODES, DropoutConfig
 from .result import PenaltyResult, component_of

@@ -225,6 +225,7 @@ class Trainer:
         if data["batch_size"] % world:
             raise ConfigError(f"data.batch_size={data['batch_size']} is not divisible by the {world} processes")
         per_rank = data["batch_size"] // world
+
         workers = data["num_workers"]
         common = dict(
             num_workers=workers,
@@ -240,6 +241,7 @@ class Trainer:
             self.bundle.train, batch_size=per_rank, sampler=sampler,
             drop_last=len(self.bundle.train) >= data["batch_size"], **common,
         )
+
         views = self.bundle.eval_views
         eval_batch = data["eval_batch_size"] or data["batch_size"]
         eval_batch = max(views, eval_batch - eval_batch % views)

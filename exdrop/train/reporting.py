@@ -79,6 +79,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: Path, records: Optional[Sequence[dict[str, Any]]] = None) -> list[Path]:
     """Write ``curves.png``, ``penalty_components.png`` and ``penalty_layers.png`` for a run.
 
@@ -109,10 +118,7 @@ def plot_run(run_dir: Path, records: Optional[Sequence[dict[str, Any]]] = None) 
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("%")
     ax_acc.legend()
-    fig.tight_layout()
-    written.append(run_dir / "curves.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(fig, run_dir / "curves.png"))
 
     components = [k for k in records[-1].get("train_penalty", {}) if k != "total"]
     if components:
@@ -123,10 +129,7 @@ def plot_run(run_dir: Path, records: Optional[Sequence[dict[str, Any]]] = None) 
         ax.set_ylabel("penalty (coefficient applied)")
         ax.set_yscale("log")
         ax.legend()
-        fig.tight_layout()
-        written.append(run_dir / "penalty_components.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
+        written.append(_save(fig, run_dir / "penalty_components.png"))
 
         # Heatmap: per-block penalty (all components summed) over epochs.
         grid = np.array([
@@ -139,8 +142,5 @@ def plot_run(run_dir: Path, records: Optional[Sequence[dict[str, Any]]] = None) 
             ax.set_xlabel("epoch")
             ax.set_ylabel("block")
             fig.colorbar(image, ax=ax, label="penalty per block")
-            fig.tight_layout()
-            written.append(run_dir / "penalty_layers.png")
-            fig.savefig(written[-1], dpi=100)
-            plt.close(fig)
+            written.append(_save(fig, run_dir / "penalty_layers.png"))
     return written
