@@ -137,3 +137,25 @@ def test_compare_rejects_changed_config_for_finished_run(tmp_path):
     changed["train"]["epochs"] = 3
     with pytest.raises(ValueError, match=r"used another config \(train.epochs: 2 in the finished run, 3 now\)"):
         compare(changed, tmp_path, seeds=(0,), modes=("off",))
+
+
+def test_compare_reuses_runs_when_only_unused_settings_change(tmp_path, monkeypatch):
+    import exdrop.train.compare as compare_module
+
+    compare(base_config(), tmp_path, seeds=(0,), modes=("off", "implicit"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(compare_module, "train", no_training)
+    retuned = base_config()
+    retuned["dropout"]["coefficients"] = 0.3  # explicit-only setting
+    retuned["train"]["coefficient_warmup"] = 1
+    retuned["train"]["tensorboard"] = True  # reporting only
+    compare(retuned, tmp_path, seeds=(0,), modes=("off", "implicit"))
+
+    rerated = base_config()
+    rerated["dropout"]["rates"] = {"q": 0.3}  # rates do nothing in off mode
+    compare(rerated, tmp_path, seeds=(0,), modes=("off",))
+    with pytest.raises(ValueError, match=r"dropout.rates"):
+        compare(rerated, tmp_path, seeds=(0,), modes=("implicit",))

@@ -102,6 +102,31 @@ def _first_difference(old: Any, new: Any, where: str = "") -> Optional[str]:
     return None if old == new else f"{where}: {old!r} in the finished run, {new!r} now"
 
 
+# Train options that change what a run writes, never the weights it ends with.
+_REPORTING_ONLY = ("tensorboard", "plots", "keep_checkpoints")
+
+
+def _drop_unused(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Remove reporting options and the settings that the run's dropout mode never reads.
+
+    Coefficients and their warmup only act in explicit mode, and rates do
+    nothing in off mode, so a finished run stays reusable when only those
+    change (for example after retuning the explicit coefficient).
+    """
+    cfg = {section: dict(values) if isinstance(values, dict) else values for section, values in cfg.items()}
+    for key in _REPORTING_ONLY:
+        (cfg.get("train") or {}).pop(key, None)
+    dropout = cfg.get("dropout") or {}
+    mode = dropout.get("mode")
+    if mode != "explicit":
+        dropout.pop("coefficients", None)
+        for key in ("coefficient_warmup", "coefficient_warmup_shape"):
+            (cfg.get("train") or {}).pop(key, None)
+    if mode == "off":
+        dropout.pop("rates", None)
+    return cfg
+
+
 def _check_same_config(run_dir: Path, cfg: dict[str, Any]) -> None:
     """Refuse to reuse a finished run whose config differs from the requested one."""
     import yaml
@@ -113,8 +138,8 @@ def _check_same_config(run_dir: Path, cfg: dict[str, Any]) -> None:
         raise FileNotFoundError(
             f"{run_dir} has done.json but no config.yaml or model.safetensors; delete the folder to run it again"
         )
-    old = yaml.safe_load(saved.read_text())
-    new = yaml.safe_load(yaml.safe_dump(resolve_config(cfg), sort_keys=False))
+    old = _drop_unused(yaml.safe_load(saved.read_text()))
+    new = _drop_unused(yaml.safe_load(yaml.safe_dump(resolve_config(cfg), sort_keys=False)))
     difference = _first_difference(old, new)
     if difference:
         raise ValueError(
