@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def test_compare_runs_modes_and_resumes(tmp_path, monkeypatch):
     done = json.loads((tmp_path / "runs" / "explicit-seed1" / "done.json").read_text())
     assert done["mode"] == "explicit"
     assert done["epochs"] == 2
+    epoch_times = [json.loads(line)["train_time_s"]
+                   for line in (tmp_path / "runs" / "explicit-seed1" / "metrics.jsonl").read_text().splitlines()]
+    assert done["train_time_per_epoch_s"] == pytest.approx(statistics.median(epoch_times))
 
     # Second invocation: nothing is trained again.
     import exdrop.train.compare as compare_module

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 from ..penalties import COMPONENTS
 from .checkpoint import list_checkpoints
 from .loop import train
+from .reporting import read_records
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,20 @@ def _check_same_config(run_dir: Path, cfg: dict[str, Any]) -> None:
         )
 
 
+def _epoch_time(run_dir: Path, default: float) -> float:
+    """Median training seconds per epoch of a run, read from its ``metrics.jsonl``.
+
+    The median rather than the mean, so that one slow epoch (a machine busy
+    with something else for a while, a first epoch that fills caches) does not
+    decide the reported speed.
+    """
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return default
+    times = [r["train_time_s"] for r in read_records(path) if "train_time_s" in r]
+    return statistics.median(times) if times else default
+
+
 def run_one(base: dict[str, Any], setting: Setting, seed: int, runs_dir: Path) -> dict[str, Any]:
     """Run (or resume, or reuse) one setting and seed; return its ``done.json`` content."""
     cfg = _config_for(base, setting, seed, runs_dir)
@@ -156,19 +171,21 @@ def run_one(base: dict[str, Any], setting: Setting, seed: int, runs_dir: Path) -
     if done.is_file():
         _check_same_config(run_dir, cfg)
         logger.info("reusing finished run %s", run_dir)
-        return json.loads(done.read_text())
+        summary = json.loads(done.read_text())
+        summary["train_time_per_epoch_s"] = _epoch_time(run_dir, summary.get("train_time_per_epoch_s", math.nan))
+        return summary
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
     start = time.perf_counter()
     result = train(cfg, resume=resume)
     wall = time.perf_counter() - start
-    epochs = [r for r in result.history]
+    epochs = list(result.history)
     summary = {
         "setting": setting.name,
         "mode": setting.mode,
         "seed": seed,
         "final": result.final,
         "epochs": len(epochs),
-        "train_time_per_epoch_s": statistics.mean(r["train_time_s"] for r in epochs) if epochs else math.nan,
+        "train_time_per_epoch_s": _epoch_time(run_dir, math.nan),
         "wall_time_s": wall,
         "resumed": resume is not None,
     }
@@ -210,7 +227,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]
         writer.writerows(rows)
 
     metrics = [m for m in ("top1", "top5", "mAP", "loss") if f"{m}_mean" in columns]
-    header = ["setting", "seeds"] + [f"{m} (mean ± std)" for m in metrics] + ["train s/epoch"]
+    header = ["setting", "seeds"] + [f"{m} (mean ± std)" for m in metrics] + ["train s/epoch (median)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = [row["setting"], str(row["seeds"])]
