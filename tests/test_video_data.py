@@ -248,3 +248,22 @@ def test_direction_task_reverses_clips(videos: Path) -> None:
         assert torch.equal(backward, forward.flip(1))  # the same frames in reverse order
     labels = [bundle.train[i][1] for i in range(len(bundle.train))]
     assert labels.count(0) == labels.count(1)
+
+
+def test_order_task_shuffles_frames_of_the_same_clip(videos: Path) -> None:
+    bundle = get_dataset_kind("video_direction").build(
+        _options("video_direction", root=str(videos), task="order", val_clips_per_video=3, train_clips_per_video=2)
+    )
+    assert bundle.class_names == ["in_order", "shuffled"]
+    for item in range(0, len(bundle.val), 2):
+        ordered, ordered_label = bundle.val[item]
+        shuffled, shuffled_label = bundle.val[item + 1]
+        assert (ordered_label, shuffled_label) == (0, 1)
+        assert not torch.equal(ordered, shuffled)
+        # The same frames, permuted: match each shuffled frame to an ordered one.
+        matches = [[torch.equal(shuffled[:, i], ordered[:, j]) for j in range(ordered.shape[1])]
+                   for i in range(shuffled.shape[1])]
+        assert all(any(row) for row in matches)
+        assert torch.equal(bundle.val[item + 1][0], shuffled)  # fixed permutation for evaluation
+    with pytest.raises(ValueError, match="data.task='spin'"):
+        get_dataset_kind("video_direction").build(_options("video_direction", root=str(videos), task="spin"))

@@ -1,10 +1,23 @@
-"""Built-in task on real videos: is a clip played forward or reversed?
+"""Built-in tasks on real videos that only the order of frames can solve.
 
-Every source video gives ``clips_per_video`` clips, each shown forward (label
-0) and reversed (label 1), so the classes are balanced and a single frame
-carries no information about the label: the model has to use the order of
-frames. Training and evaluation use different source videos with different
-scenes.
+Every source video gives ``clips_per_video`` clips, each shown twice: once as
+played (label 0) and once altered (label 1). The ``direction`` task alters a
+clip by reversing it, the ``order`` task by shuffling its frames. The classes
+are balanced and a single frame carries no information about the label, so
+the model has to compare frames. Training and evaluation use different source
+videos with different scenes.
+
+Reversal is hard to detect in scenes without a clear arrow of time, because
+people arm wrestling look much the same played backwards. Shuffling breaks
+the smooth motion of any scene that moves: the ratio of the mean change
+between neighbouring frames to the change two frames apart separates in-order
+from shuffled clips of these videos with an AUC of about 0.95 (stride 2, 64
+pixels), while for reversed clips it stays at 0.5.
+
+NOTE: a tiny ViT trained from scratch on the order task stayed at chance for
+3,000 steps, like a plain PyTorch Transformer encoder of the same size (a
+small 3D CNN did fit the training clips), so the built-in config may need
+pretrained weights or a larger model to learn either task.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from .video_transforms import ClipTransform, FrameSampler
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ("forward", "reversed")
+TASKS = {"direction": ("forward", "reversed"), "order": ("in_order", "shuffled")}
 
 # Scenes of the six demo videos: arm wrestling (demo, demo_spatiotemporal_det), a pool
 # being cleaned (test.mp4, rawvideo_dataset_part_0), make-up (test.avi) and two people
@@ -34,11 +47,12 @@ DEFAULT_VAL_VIDEOS = ["test.avi", "demo_skeleton.mp4"]
 
 
 class VideoDirectionDataset(Dataset):
-    """Forward and reversed clips of a few videos.
+    """Clips of a few videos as played and altered (reversed or shuffled).
 
-    Item order: video, clip, direction (forward, reversed), crop. Training
-    clips start at random frames; evaluation clips start at
-    ``clips_per_video`` fixed frames spread over each video.
+    Item order: video, clip, label (as played, altered), crop. Training
+    clips start at random frames and are shuffled at random; evaluation
+    clips start at ``clips_per_video`` fixed frames spread over each video
+    and are shuffled with a fixed permutation per clip.
 
     Args:
         paths: Source videos.
@@ -51,6 +65,8 @@ class VideoDirectionDataset(Dataset):
         cache_videos: Decode each video once per process and keep its frames
             (a few MB each at a small ``short_side``). Without it, every item
             seeks and decodes its own frames.
+        task: ``"direction"`` (label 1: reversed) or ``"order"`` (label 1:
+            frames shuffled, never left in order).
     """
 
     def __init__(
@@ -63,7 +79,11 @@ class VideoDirectionDataset(Dataset):
         num_crops: int = 1,
         short_side: Optional[int] = None,
         cache_videos: bool = True,
+        task: str = "direction",
     ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is not supported; use one of {sorted(TASKS)}")
+        self.task = task
         self.paths = list(paths)
         self.sampler = sampler
         self.transform = transform
@@ -100,16 +120,26 @@ class VideoDirectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item, crop = divmod(index, self.num_crops)
         video, rest = divmod(item, self.clips_per_video * 2)
-        clip, reverse = divmod(rest, 2)
+        clip, altered = divmod(rest, 2)
         path = self.paths[video]
         rng = random.Random(random.getrandbits(64)) if self.train else None
 
         num_frames = len(self._frames[path]) if path in self._frames else self._num_frames(path)
         indices = self.sampler(num_frames, clip=clip, num_clips=self.clips_per_video, rng=rng)
-        if reverse:
-            indices = indices[::-1]
+        if altered:
+            indices = self._alter(indices, rng or random.Random(video * 100_003 + clip))
         frames = self._read(path, indices)
-        return self.transform(frames, crop=crop, num_crops=self.num_crops, rng=rng), reverse
+        return self.transform(frames, crop=crop, num_crops=self.num_crops, rng=rng), altered
+
+    def _alter(self, indices: list[int], rng: random.Random) -> list[int]:
+        if self.task == "direction":
+            return indices[::-1]
+        if len(set(indices)) < 2:
+            raise ValueError("the order task needs clips of at least two distinct frames; raise num_frames")
+        shuffled = list(indices)
+        while shuffled == indices:
+            rng.shuffle(shuffled)
+        return shuffled
 
 
 @register_dataset(
@@ -121,16 +151,19 @@ class VideoDirectionDataset(Dataset):
         "train_clips_per_video": DataOption(int, 32, "training clips per source video and epoch (x2 directions)"),
         "val_clips_per_video": DataOption(int, 16, "evaluation clips per source video (x2 directions)"),
         "cache_videos": DataOption(bool, True, "decode each source video once per worker and keep the frames"),
+        "task": DataOption(str, "direction", "'direction' (forward or reversed) or 'order' (in order or shuffled)"),
         **{**CLIP_OPTIONS, "num_frames": DataOption(int, 8, "frames per clip"),
            "stride": DataOption(int, 2, "frame step of dense clips"),
            "img_size": DataOption(int, 64, "clip height and width in pixels")},
     },
-    help="clips of real videos played forward or reversed; separate source videos for evaluation",
+    help="clips of real videos as played or altered (reversed or shuffled); separate source videos for evaluation",
     load_input=load_video_input,
 )
 def build_video_direction(options: dict[str, Any]) -> DatasetBundle:
-    """Build the forward/reversed task from the videos under ``root``."""
+    """Build the direction or order task from the videos under ``root``."""
     _check_on_error(options["on_error"])
+    if options["task"] not in TASKS:
+        raise ValueError(f"data.task={options['task']!r} is not supported; use one of {sorted(TASKS)}")
     root = Path(options["root"])
     if options["sampling"] != "dense":
         raise ValueError("video_direction needs sampling: dense (uniform segments of a reversed clip are not a played clip)")
@@ -146,7 +179,8 @@ def build_video_direction(options: dict[str, Any]) -> DatasetBundle:
 
     train_paths = resolve(options["train_videos"], "training videos")
     val_paths = resolve(options["val_videos"], "evaluation videos")
-    common = dict(sampler=_sampler(options), short_side=_decode_short_side(options), cache_videos=options["cache_videos"])
+    common = dict(sampler=_sampler(options), short_side=_decode_short_side(options), cache_videos=options["cache_videos"],
+                  task=options["task"])
     train = VideoDirectionDataset(
         train_paths, transform=_transform(options, True), clips_per_video=options["train_clips_per_video"],
         train=True, **common,
@@ -156,11 +190,11 @@ def build_video_direction(options: dict[str, Any]) -> DatasetBundle:
         num_crops=options["num_crops"], **common,
     )
     logger.info(
-        "video_direction: %d training clips from %d videos, %d evaluation clips from %d videos",
-        len(train), len(train_paths), len(val), len(val_paths),
+        "video_direction (%s task): %d training clips from %d videos, %d evaluation clips from %d videos",
+        options["task"], len(train), len(train_paths), len(val), len(val_paths),
     )
     return DatasetBundle(
-        train=train, val=val, num_classes=2, class_names=list(CLASS_NAMES),
+        train=train, val=val, num_classes=2, class_names=list(TASKS[options["task"]]),
         model_kwargs={"num_frames": options["num_frames"], "img_size": options["img_size"]},
         eval_views=val.num_crops,
     )
