@@ -240,3 +240,27 @@ def test_unquoted_off_mode_from_yaml(tmp_path):
     raw = load_config(REPO / "configs" / "demo.yaml", ["dropout.mode=off"])
     assert raw["dropout"]["mode"] is False  # PyYAML's reading of an unquoted off
     assert resolve_config(raw)["dropout"]["mode"] == "off"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_resolve(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # data roots in the configs are relative to the repository root
+    cfg = resolve_config(load_config(path))
+    assert cfg["model"]["name"] in exdrop.list_models()
+
+
+def test_video_config_trains_on_real_clips(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    overrides = [
+        "train.max_steps=2", "train.epochs=1", "train.plots=false", "train.tensorboard=false",
+        "data.train_clips_per_video=2", "data.val_clips_per_video=1", "data.num_workers=0",
+        "model.kwargs.depth=1", f"output.dir={tmp_path}",
+    ]
+    cfg = resolve_config(load_config(REPO / "configs" / "video_direction_tiny.yaml", overrides))
+    assert cfg["data"]["task"] == "cut"
+    result = train(cfg)
+    record = result.history[0]
+    assert record["step"] == 2
+    assert record["train_penalty"]["total"] > 0
+    # Two evaluation videos, one clip each, shown as one shot and spliced: four clips.
+    assert record["top1"] in (0.0, 25.0, 50.0, 75.0, 100.0)

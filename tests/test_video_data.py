@@ -267,3 +267,40 @@ def test_order_task_shuffles_frames_of_the_same_clip(videos: Path) -> None:
         assert torch.equal(bundle.val[item + 1][0], shuffled)  # fixed permutation for evaluation
     with pytest.raises(ValueError, match="data.task='spin'"):
         get_dataset_kind("video_direction").build(_options("video_direction", root=str(videos), task="spin"))
+
+
+def test_cut_task_splices_two_source_videos(videos: Path) -> None:
+    options = _options("video_direction", root=str(videos), task="cut", val_clips_per_video=2, train_clips_per_video=2)
+    bundle = get_dataset_kind("video_direction").build(options)
+    assert bundle.class_names == ["one_shot", "two_shots"]
+    one_shot, one_label = bundle.val[0]
+    spliced, spliced_label = bundle.val[1]
+    assert (one_label, spliced_label) == (0, 1)
+    assert spliced.shape == one_shot.shape
+    middle = spliced.shape[1] // 2
+    # Evaluation splices cut in the middle: the first half is the clip itself.
+    assert torch.equal(spliced[:, :middle], one_shot[:, :middle])
+    assert not torch.equal(spliced[:, middle:], one_shot[:, middle:])
+    # The second half is the same clip of the next source video.
+    next_video = bundle.val[2 * options["val_clips_per_video"]][0]
+    assert torch.equal(spliced[:, middle:], next_video[:, middle:])
+    clip, _ = bundle.train[1]
+    assert clip.shape == one_shot.shape
+
+
+def test_time_split_keeps_clips_inside_segments(videos: Path) -> None:
+    options = _options("video_direction", root=str(videos), split="time", train_fraction=0.6, task="cut",
+                       train_videos=["test.mp4"], val_videos=["test.avi"], val_clips_per_video=3)
+    bundle = get_dataset_kind("video_direction").build(options)
+    assert bundle.train.paths == bundle.val.paths
+    for path in bundle.val.paths:
+        total = bundle.val._num_frames(path)
+        boundary = round(0.6 * total)
+        for clip in range(3):
+            assert min(bundle.val._clip(path, clip, None)) >= boundary
+        for seed in range(20):
+            assert max(bundle.train._clip(path, 0, random.Random(seed))) < boundary
+    with pytest.raises(ValueError, match="data.train_fraction=1.0"):
+        get_dataset_kind("video_direction").build({**options, "train_fraction": 1.0})
+    with pytest.raises(ValueError, match="data.split='frames'"):
+        get_dataset_kind("video_direction").build({**options, "split": "frames"})
