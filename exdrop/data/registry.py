@@ -114,7 +114,7 @@ def dataset_kinds() -> list[str]:
 
 
 # Modules under exdrop.data whose import registers dataset kinds.
-_BUILTIN_MODULES = ("images", "audio", "video")
+_BUILTIN_MODULES = ("images", "audio", "video", "video_direction")
 
 
 def _load_builtin_kinds() -> None:

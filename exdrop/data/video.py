@@ -294,5 +294,3 @@ def build_video_list(options: dict[str, Any]) -> DatasetBundle:
     val = [(path, index[label]) for path, label in val_rows]
     return _clip_bundle(train, val, classes, options)
 
-
-from .video_direction import build_video_direction  # noqa: E402,F401  registers video_direction
