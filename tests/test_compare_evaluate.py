@@ -143,7 +143,7 @@ def test_compare_rejects_changed_config_for_finished_run(tmp_path):
         compare(changed, tmp_path, seeds=(0,), modes=("off",))
 
 
-def test_compare_reuses_runs_when_only_unused_settings_change(tmp_path, monkeypatch):
+def test_compare_ignores_unused_settings_on_reuse(tmp_path, monkeypatch):
     import exdrop.train.compare as compare_module
 
     compare(base_config(), tmp_path, seeds=(0,), modes=("off", "implicit"))

@@ -250,7 +250,7 @@ def test_direction_task_reverses_clips(videos: Path) -> None:
     assert labels.count(0) == labels.count(1)
 
 
-def test_order_task_shuffles_frames_of_the_same_clip(videos: Path) -> None:
+def test_order_task_shuffles_clip_frames(videos: Path) -> None:
     bundle = get_dataset_kind("video_direction").build(
         _options("video_direction", root=str(videos), task="order", val_clips_per_video=3, train_clips_per_video=2)
     )
