@@ -1,8 +1,8 @@
 """Check the CUDA paths on a machine with a GPU: parity, bf16, fused attention, NCCL.
 
-Prints one line per check, then ``all GPU checks passed``, or exits with
-status 1. Expected to take a few minutes on one GPU (an estimate: not yet
-timed). The CPU test suite
+Prints one line per check and then ``all GPU checks passed``; exits with
+status 1 when a check fails and 2 without a GPU. Expected to take a few
+minutes on one GPU (an estimate: not yet timed). The CPU test suite
 covers the same code, but not CUDA kernels, bf16 on the GPU or NCCL.
 
 Checks:

@@ -73,6 +73,10 @@ def test_compare_resumes_interrupted_run(tmp_path, monkeypatch):
         patch.setattr(loop.Trainer, "_train_epoch", crash_second_epoch)
         with pytest.raises(KeyboardInterrupt):
             compare(base_config(), tmp_path, seeds=(0,), modes=("explicit",))
+    changed = base_config()
+    changed["train"]["lr"] = 0.5
+    with pytest.raises(ValueError, match=r"interrupted run .* used another config \(train.lr"):
+        compare(changed, tmp_path, seeds=(0,), modes=("explicit",))
     rows = compare(base_config(), tmp_path, seeds=(0,), modes=("explicit",))
     done = json.loads((tmp_path / "runs" / "explicit-seed0" / "done.json").read_text())
     assert done["resumed"] is True
@@ -139,7 +143,7 @@ def test_compare_rejects_changed_config_for_finished_run(tmp_path):
     compare(base_config(), tmp_path, seeds=(0,), modes=("off",))
     changed = base_config()
     changed["train"]["epochs"] = 3
-    with pytest.raises(ValueError, match=r"used another config \(train.epochs: 2 in the finished run, 3 now\)"):
+    with pytest.raises(ValueError, match=r"used another config \(train.epochs: 2 in the saved run, 3 now\)"):
         compare(changed, tmp_path, seeds=(0,), modes=("off",))
 
 
@@ -163,3 +167,12 @@ def test_compare_ignores_unused_settings_on_reuse(tmp_path, monkeypatch):
     compare(rerated, tmp_path, seeds=(0,), modes=("off",))
     with pytest.raises(ValueError, match=r"dropout.rates"):
         compare(rerated, tmp_path, seeds=(0,), modes=("implicit",))
+
+    # A mode change is named as such, not as the settings that the mode drops.
+    from exdrop.train.compare import _check_same_config
+
+    explicit = base_config()
+    explicit["output"] = {"dir": str(tmp_path / "runs"), "name": "off-seed0"}
+    explicit["train"]["seed"] = 0
+    with pytest.raises(ValueError, match=r"dropout.mode: 'off' in the saved run, 'explicit' now"):
+        _check_same_config(tmp_path / "runs" / "off-seed0", explicit)

@@ -304,3 +304,27 @@ def test_time_split_keeps_clips_inside_segments(videos: Path) -> None:
         get_dataset_kind("video_direction").build({**options, "train_fraction": 1.0})
     with pytest.raises(ValueError, match="data.split='frames'"):
         get_dataset_kind("video_direction").build({**options, "split": "frames"})
+
+
+def test_video_direction_options_fail_at_config_time(monkeypatch) -> None:
+    from exdrop.train import ConfigError, load_config, resolve_config
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    config = repo / "configs" / "video_direction_tiny.yaml"
+    cases = {
+        "data.task=spin": "data.task='spin' is not supported",
+        "data.split=frames": "data.split='frames' is not supported",
+        "data.train_fraction=1.5": "data.train_fraction=1.5 must lie strictly between 0 and 1",
+        "data.val_videos=[test.mp4]": None,  # allowed with split: time
+    }
+    for override, message in cases.items():
+        if message is None:
+            resolve_config(load_config(config, [override]))
+            continue
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            resolve_config(load_config(config, [override]))
+    with pytest.raises(ConfigError, match=r"share \['test.mp4'\]; list different videos, or set data.split: time"):
+        resolve_config(load_config(config, ["data.split=videos", "data.val_videos=[test.mp4, test.avi]"]))
+    with pytest.raises(ConfigError, match="the cut task needs at least two videos in data.val_videos"):
+        resolve_config(load_config(config, ["data.split=videos", "data.val_videos=[test.avi]"]))

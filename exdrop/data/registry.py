@@ -71,6 +71,7 @@ class DatasetKind:
     options: dict[str, DataOption]
     help: str = ""
     load_input: Optional[Callable[[str, dict[str, Any]], Any]] = None
+    validate: Optional[Callable[[dict[str, Any]], None]] = None
 
 
 _KINDS: dict[str, DatasetKind] = {}
@@ -81,6 +82,7 @@ def register_dataset(
     options: dict[str, DataOption],
     help: str = "",
     load_input: Optional[Callable[[str, dict[str, Any]], Any]] = None,
+    validate: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> Callable[[Callable[[dict[str, Any]], DatasetBundle]], Callable[[dict[str, Any]], DatasetBundle]]:
     """Decorator registering ``build(options) -> DatasetBundle`` under ``data.kind: name``.
 
@@ -88,12 +90,17 @@ def register_dataset(
     ``load_input(path, options)``, when given, turns one file into the model
     input for ``scripts/predict.py``: a tensor without the batch axis, or with
     a leading views axis ``(V, ...)`` whose predictions are averaged.
+    ``validate(options)``, when given, checks how options fit together
+    without reading data; it runs while the config is resolved, so a
+    ``ValueError`` from it stops a run before any data is loaded.
     """
 
     def wrap(build: Callable[[dict[str, Any]], DatasetBundle]) -> Callable[[dict[str, Any]], DatasetBundle]:
         if name in _KINDS:
             raise ValueError(f"dataset kind {name!r} is already registered")
-        _KINDS[name] = DatasetKind(name=name, build=build, options=options, help=help, load_input=load_input)
+        _KINDS[name] = DatasetKind(
+            name=name, build=build, options=options, help=help, load_input=load_input, validate=validate
+        )
         return build
 
     return wrap

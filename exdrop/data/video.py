@@ -77,7 +77,8 @@ def check_videos(
                 raise VideoTooShortError(path, f"{info.num_frames} frames, a clip needs {min_frames}")
         except VideoDecodeError as err:
             if on_error == "fail":
-                raise type(err)(err.path, f"{err.reason}. Remove the file or set data.on_error: skip") from err
+                advice = "Replace the video or remove it from the dataset, or set data.on_error: skip to leave it out"
+                raise type(err)(err.path, f"{err.reason}. {advice}") from err
             logger.warning("skipping %s", err)
             bad.append(err.path)
             continue

@@ -188,14 +188,45 @@ class VideoDirectionDataset(Dataset):
         return shuffled
 
 
+def validate_video_direction(options: dict[str, Any]) -> None:
+    """Check the options of ``video_direction`` together, before any video is read."""
+    _check_on_error(options["on_error"])
+    if options["task"] not in TASKS:
+        raise ValueError(f"data.task={options['task']!r} is not supported; use one of {sorted(TASKS)}")
+    if options["sampling"] != "dense":
+        raise ValueError(
+            "video_direction needs data.sampling: dense (uniform segments of a reversed clip are not a played clip)"
+        )
+    if options["split"] not in ("videos", "time"):
+        raise ValueError(f"data.split={options['split']!r} is not supported; use 'videos' or 'time'")
+    fraction = options["train_fraction"]
+    if options["split"] == "time" and not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.train_fraction={fraction} must lie strictly between 0 and 1")
+    if options["split"] == "videos":
+        overlap = set(options["train_videos"]) & set(options["val_videos"])
+        if overlap:
+            raise ValueError(
+                f"data.train_videos and data.val_videos share {sorted(overlap)}; list different videos, "
+                "or set data.split: time to split every video in time"
+            )
+        lists = {"data.train_videos": options["train_videos"], "data.val_videos": options["val_videos"]}
+    else:
+        lists = {"data.train_videos + data.val_videos": [*options["train_videos"], *options["val_videos"]]}
+    for key, names in lists.items():
+        if not names:
+            raise ValueError(f"{key} is empty; list at least one video file name")
+        if options["task"] == "cut" and len(set(names)) < 2:
+            raise ValueError(f"the cut task needs at least two videos in {key}, one to splice into the other")
+
+
 @register_dataset(
     "video_direction",
     options={
         "root": DataOption(str, "../shared/data/videos", "folder with the source videos", is_path=True),
-        "train_videos": DataOption(list, DEFAULT_TRAIN_VIDEOS, "file names of the training source videos"),
-        "val_videos": DataOption(list, DEFAULT_VAL_VIDEOS, "file names of the evaluation source videos"),
-        "train_clips_per_video": DataOption(int, 32, "training clips per source video and epoch (x2 directions)"),
-        "val_clips_per_video": DataOption(int, 16, "evaluation clips per source video (x2 directions)"),
+        "train_videos": DataOption(list, DEFAULT_TRAIN_VIDEOS, "training videos (file names under root); with split: time, used for both"),
+        "val_videos": DataOption(list, DEFAULT_VAL_VIDEOS, "evaluation videos (file names under root); with split: time, used for both"),
+        "train_clips_per_video": DataOption(int, 32, "training clips per source video and epoch, each shown as played and altered"),
+        "val_clips_per_video": DataOption(int, 16, "evaluation clips per source video, each shown as played and altered"),
         "cache_videos": DataOption(bool, True, "decode each source video once per worker and keep the frames"),
         "split": DataOption(str, "videos", "'videos' (train_videos and val_videos) or 'time' (every listed "
                             "video, its first train_fraction for training and the rest for evaluation)"),
@@ -209,23 +240,13 @@ class VideoDirectionDataset(Dataset):
     help="clips of real videos as played or altered (reversed, shuffled or spliced), evaluated on other videos "
          "or later time segments",
     load_input=load_video_input,
+    validate=validate_video_direction,
 )
 def build_video_direction(options: dict[str, Any]) -> DatasetBundle:
     """Build the direction, order or cut task from the videos under ``root``."""
-    _check_on_error(options["on_error"])
-    if options["task"] not in TASKS:
-        raise ValueError(f"data.task={options['task']!r} is not supported; use one of {sorted(TASKS)}")
+    validate_video_direction(options)
     root = Path(options["root"])
-    if options["sampling"] != "dense":
-        raise ValueError("video_direction needs sampling: dense (uniform segments of a reversed clip are not a played clip)")
-    if options["split"] not in ("videos", "time"):
-        raise ValueError(f"data.split={options['split']!r} is not supported; use 'videos' or 'time'")
-    overlap = set(options["train_videos"]) & set(options["val_videos"])
-    if overlap and options["split"] == "videos":
-        raise ValueError(f"train_videos and val_videos share {sorted(overlap)}; use different source videos")
     fraction = options["train_fraction"]
-    if options["split"] == "time" and not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.train_fraction={fraction} must lie strictly between 0 and 1")
 
     def resolve(names: Sequence[str], what: str) -> list[str]:
         samples = [(str(root / name), 0) for name in names]

@@ -100,7 +100,7 @@ def _first_difference(old: Any, new: Any, where: str = "") -> Optional[str]:
             if found:
                 return found
         return None
-    return None if old == new else f"{where}: {old!r} in the finished run, {new!r} now"
+    return None if old == new else f"{where}: {old!r} in the saved run, {new!r} now"
 
 
 # Train options that change what a run writes, never the weights it ends with.
@@ -128,23 +128,30 @@ def _drop_unused(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _check_same_config(run_dir: Path, cfg: dict[str, Any]) -> None:
-    """Refuse to reuse a finished run whose config differs from the requested one."""
+def _check_same_config(run_dir: Path, cfg: dict[str, Any], finished: bool = True) -> None:
+    """Refuse to reuse or resume a run whose config differs from the requested one."""
     import yaml
 
-    from .config import resolve_config
+    from .config import ConfigError, resolve_config
 
     saved = run_dir / "config.yaml"
-    if not saved.is_file() or not (run_dir / "model.safetensors").is_file():
+    if finished and (not saved.is_file() or not (run_dir / "model.safetensors").is_file()):
         raise FileNotFoundError(
             f"{run_dir} has done.json but no config.yaml or model.safetensors; delete the folder to run it again"
         )
-    old = _drop_unused(yaml.safe_load(saved.read_text()))
-    new = _drop_unused(yaml.safe_load(yaml.safe_dump(resolve_config(cfg), sort_keys=False)))
-    difference = _first_difference(old, new)
+    if not saved.is_file():
+        return
+    old = yaml.safe_load(saved.read_text())
+    new = yaml.safe_load(yaml.safe_dump(resolve_config(cfg), sort_keys=False))
+    old_mode, new_mode = old.get("dropout", {}).get("mode"), new.get("dropout", {}).get("mode")
+    if old_mode != new_mode:
+        difference = f"dropout.mode: {old_mode!r} in the saved run, {new_mode!r} now"
+    else:
+        difference = _first_difference(_drop_unused(old), _drop_unused(new))
     if difference:
-        raise ValueError(
-            f"finished run {run_dir} used another config ({difference}); "
+        state = "finished" if finished else "interrupted"
+        raise ConfigError(
+            f"{state} run {run_dir} used another config ({difference}); "
             "use a new --out folder for the changed config, or delete that run folder"
         )
 
@@ -175,6 +182,8 @@ def run_one(base: dict[str, Any], setting: Setting, seed: int, runs_dir: Path) -
         summary["train_time_per_epoch_s"] = _epoch_time(run_dir, summary.get("train_time_per_epoch_s", math.nan))
         return summary
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
+    if resume is not None:
+        _check_same_config(run_dir, cfg, finished=False)
     start = time.perf_counter()
     result = train(cfg, resume=resume)
     wall = time.perf_counter() - start
@@ -227,7 +236,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]
         writer.writerows(rows)
 
     metrics = [m for m in ("top1", "top5", "mAP", "loss") if f"{m}_mean" in columns]
-    header = ["setting", "seeds"] + [f"{m} (mean ± std)" for m in metrics] + ["train s/epoch (median)"]
+    header = ["setting", "seeds"] + [f"{m} (mean ± std)" for m in metrics] + ["train s/epoch (run medians, mean ± std)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = [row["setting"], str(row["seeds"])]

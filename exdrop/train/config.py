@@ -177,6 +177,11 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(f"config key data.kind: {err}") from err
     cfg["data"] = _fill_section("data", data, {**DATA_COMMON, **kind.options})
+    if kind.validate is not None:
+        try:
+            kind.validate(cfg["data"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
 
     try:
         cfg["dropout"] = DropoutConfig.coerce(raw.get("dropout")).to_dict()
