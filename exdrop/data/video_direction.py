@@ -141,6 +141,7 @@ class VideoDirectionDataset(Dataset):
         if altered and self.task == "cut":
             return self._spliced(video, clip, path, indices, crop, rng), altered
         if altered:
+            # Evaluation seeds the shuffle by video and clip, so every epoch sees the same permutation.
             indices = self._alter(indices, rng or random.Random(video * 100_003 + clip))
         frames = self._read(path, indices)
         return self.transform(frames, crop=crop, num_crops=self.num_crops, rng=rng), altered
@@ -150,7 +151,8 @@ class VideoDirectionDataset(Dataset):
     ) -> torch.Tensor:
         """Return a clip whose frames from a cut point on come from another source video."""
         if len(self.paths) < 2:
-            raise ValueError("the cut task needs at least two source videos per split; add videos to the list")
+            # data.on_error: skip can leave fewer readable videos than the config lists.
+            raise ValueError("the cut task needs at least two readable source videos per split; add or fix videos")
         if rng is None:
             # Fixed evaluation clips: the next video in the list, cut in the middle.
             other_index, cut = (video + 1) % len(self.paths), len(indices) // 2
@@ -178,6 +180,7 @@ class VideoDirectionDataset(Dataset):
         return [start + i for i in indices]
 
     def _alter(self, indices: list[int], rng: random.Random) -> list[int]:
+        """Return the indices reversed (``direction``) or shuffled out of order (``order``)."""
         if self.task == "direction":
             return indices[::-1]
         if len(set(indices)) < 2:
